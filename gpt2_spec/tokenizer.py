@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -81,3 +82,14 @@ class CharTokenizer:
                 f"Expected a {cls.kind!r} tokenizer file, got kind {data.get('kind')!r}."
             )
         return cls(list(data["chars"]))
+
+
+class Tokenizer(Protocol):
+    """What generation, parity and inspection need from any tokenizer."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
