@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        # Importing orbax installs a root handler first; without force the CLI's own
+        # level and format would be ignored.
+        force=True,
     )
     try:
         return int(args.run(args) or 0)

@@ -4,6 +4,7 @@ GPT-2 folder. Every CLI command that takes a model goes through `load_model_sour
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,21 @@ class ModelSource:
 
 
 def is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    """Whether `path` looks like a Hugging Face folder (even one missing its weights).
+
+    A run directory's `config.json` contains `GPT2Config` field names, and a Hugging
+    Face one contains `model_type` or `n_embd`.
+    """
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        return False
+    if (path / "model.safetensors").is_file():
+        return True
+    try:
+        values = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(values, dict) and ("model_type" in values or "n_embd" in values)
 
 
 def load_model_source(path: str | Path) -> ModelSource:
@@ -60,10 +75,15 @@ def load_model_source(path: str | Path) -> ModelSource:
     from flax_gpt2.checkpoint import load_run
 
     run = load_run(path)
+    tokenizer = run.tokenizer
+    if tokenizer is None:
+        from bridge.tokenizers import load_folder_tokenizer
+
+        tokenizer = load_folder_tokenizer(path)  # a BPE tokenizer.json, or None
     return ModelSource(
         config=run.config,
         params=run.params,
-        tokenizer=run.tokenizer,
+        tokenizer=tokenizer,
         eos_id=None,
         path=path,
         kind="run",

@@ -137,8 +137,8 @@ class CausalSelfAttention(nn.Module):
     def _update_cache(self, key: Array, value: Array, cache_index: Array | None):
         if cache_index is None:
             raise ValueError("decode=True needs cache_index, the first free cache slot.")
-        cached_key = self.variable("cache", "key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "value", jnp.zeros, value.shape, value.dtype)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
         if self.is_initializing():
             # The init call only sizes the cache from the key's shape [b, cache_len, h, p].
             return cached_key.value, cached_value.value
