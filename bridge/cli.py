@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         # level and format would be ignored.
         force=True,
     )
+    if not args.verbose:
+        # orbax logs every checkpoint read and write through absl at INFO, and JAX logs
+        # its search for a TPU backend.
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        logging.getLogger("jax").setLevel(logging.WARNING)
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as error:
