@@ -12,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from gpt2_spec import GPT2Config, rope_frequencies
 from gpt2_spec import axes as ax
@@ -31,8 +32,39 @@ def _constant(value: float, names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.constant(value), names)
 
 
-def _constrain(x: Array, names: tuple[str, ...]) -> Array:
-    return nn.with_logical_constraint(x, names)
+def _constrain(x: Array, names: tuple[str, ...], mesh: Mesh | None) -> Array:
+    """Pin an activation's sharding by logical names; a no-op without a mesh."""
+    if mesh is None:
+        return x
+    return nn.with_logical_constraint(x, names, rules=ax.SHARDING_RULES, mesh=mesh)
+
+
+class DenseEinsum(nn.Module):
+    """Dense layer written as one einsum over named parameter axes, plus a bias.
+
+    Unlike `nn.DenseGeneral`, the kernel is created in its final shape, so its logical
+    axis names also hold under a mesh.
+
+    Attributes:
+      equation: Einsum of the input and the kernel, e.g. "btd,dhp->bthp".
+      kernel_shape: Kernel shape; its trailing `len(bias_axes)` sizes give the bias shape.
+      kernel_axes: Logical axis names of the kernel.
+      bias_axes: Logical axis names of the bias.
+      stddev: Standard deviation of the normal kernel initializer.
+    """
+
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...]
+    stddev: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", _normal(self.stddev, self.kernel_axes), self.kernel_shape)
+        bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes) :]
+        bias = self.param("bias", _constant(0.0, self.bias_axes), bias_shape)
+        return jnp.einsum(self.equation, x, kernel) + bias
 
 
 class LayerNorm(nn.Module):
@@ -77,6 +109,7 @@ class CausalSelfAttention(nn.Module):
 
     config: GPT2Config
     decode: bool = False
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(
@@ -94,10 +127,12 @@ class CausalSelfAttention(nn.Module):
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
 
         def projection(name: str) -> Array:
-            return nn.DenseGeneral(
-                features=(heads, width),
-                kernel_init=_normal(init_std, (ax.EMBEDDING, ax.HEADS, ax.PROJECTION)),
-                bias_init=_constant(0.0, (ax.HEADS, ax.PROJECTION)),
+            return DenseEinsum(
+                "btd,dhp->bthp",
+                (cfg.embedding_dim, heads, width),
+                (ax.EMBEDDING, ax.HEADS, ax.PROJECTION),
+                (ax.HEADS, ax.PROJECTION),
+                init_std,
                 name=name,
             )(x)
 
@@ -125,12 +160,13 @@ class CausalSelfAttention(nn.Module):
         probs = self.hook_pattern(jax.nn.softmax(scores, axis=-1))  # [b, h, t, s]
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         mixed = self.hook_z(jnp.einsum("bhts,bshp->bthp", probs, value))
-        mixed = _constrain(mixed, (ax.BATCH, ax.SEQ, ax.HEADS, ax.PROJECTION))
-        return nn.DenseGeneral(
-            features=cfg.embedding_dim,
-            axis=(-2, -1),
-            kernel_init=_normal(out_std, (ax.HEADS, ax.PROJECTION, ax.EMBEDDING)),
-            bias_init=_constant(0.0, (ax.EMBEDDING,)),
+        mixed = _constrain(mixed, (ax.BATCH, ax.SEQ, ax.HEADS, ax.PROJECTION), self.mesh)
+        return DenseEinsum(
+            "bthp,hpd->btd",
+            (heads, width, cfg.embedding_dim),
+            (ax.HEADS, ax.PROJECTION, ax.EMBEDDING),
+            (ax.EMBEDDING,),
+            out_std,
             name="out",
         )(mixed)
 
@@ -169,6 +205,7 @@ class MLP(nn.Module):
     """GPT-2's MLP: dense to `neurons`, tanh GELU, dense back to `embedding`."""
 
     config: GPT2Config
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -182,7 +219,7 @@ class MLP(nn.Module):
         )(x)
         hidden = self.hook_pre(hidden)
         hidden = self.hook_post(jax.nn.gelu(hidden, approximate=True))
-        hidden = _constrain(hidden, (ax.BATCH, ax.SEQ, ax.NEURONS))
+        hidden = _constrain(hidden, (ax.BATCH, ax.SEQ, ax.NEURONS), self.mesh)
         return nn.Dense(
             cfg.embedding_dim,
             kernel_init=_normal(out_std, (ax.NEURONS, ax.EMBEDDING)),
@@ -202,6 +239,7 @@ class Block(nn.Module):
 
     config: GPT2Config
     decode: bool = False
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(
@@ -215,7 +253,7 @@ class Block(nn.Module):
     ) -> Array:
         cfg = self.config
         x = self.hook_resid_pre(x)
-        attn_out = CausalSelfAttention(cfg, decode=self.decode, name="attn")(
+        attn_out = CausalSelfAttention(cfg, decode=self.decode, mesh=self.mesh, name="attn")(
             LayerNorm(cfg.layer_norm_epsilon, name="ln_1")(x),
             positions,
             deterministic=deterministic,
@@ -224,12 +262,12 @@ class Block(nn.Module):
         )
         attn_out = self.hook_attn_out(attn_out)
         x = x + nn.Dropout(cfg.residual_dropout)(attn_out, deterministic=deterministic)
-        x = self.hook_resid_mid(_constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING)))
+        x = self.hook_resid_mid(_constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING), self.mesh))
         mlp_out = self.hook_mlp_out(
-            MLP(cfg, name="mlp")(LayerNorm(cfg.layer_norm_epsilon, name="ln_2")(x))
+            MLP(cfg, mesh=self.mesh, name="mlp")(LayerNorm(cfg.layer_norm_epsilon, name="ln_2")(x))
         )
         x = x + nn.Dropout(cfg.residual_dropout)(mlp_out, deterministic=deterministic)
-        return self.hook_resid_post(_constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING)))
+        return self.hook_resid_post(_constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING), self.mesh))
 
     def hook_resid_pre(self, x: Array) -> Array:
         return x
@@ -256,10 +294,14 @@ class GPT2(nn.Module):
     Attributes:
       config: The architecture.
       decode: Whether attention keeps a KV cache in the `cache` collection.
+      mesh: The device mesh of sharded training. With a mesh, activations are
+        constrained to the shardings that `gpt2_spec.axes.SHARDING_RULES` gives their
+        logical axes; without one, XLA's propagation decides.
     """
 
     config: GPT2Config
     decode: bool = False
+    mesh: Mesh | None = None
 
     def setup(self) -> None:
         cfg = self.config
@@ -277,7 +319,8 @@ class GPT2(nn.Module):
                 name="wpe",
             )
         self.blocks = [
-            Block(cfg, decode=self.decode, name=f"block_{i}") for i in range(cfg.num_layers)
+            Block(cfg, decode=self.decode, mesh=self.mesh, name=f"block_{i}")
+            for i in range(cfg.num_layers)
         ]
         self.ln_f = LayerNorm(cfg.layer_norm_epsilon, name="ln_f")
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
@@ -312,7 +355,7 @@ class GPT2(nn.Module):
         if self.config.position_encoding == "learned":
             x = x + self.hook_pos_embed(self.wpe(jnp.maximum(positions, 0)))
         x = self.embedding_dropout(x, deterministic=deterministic)
-        x = _constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING))
+        x = _constrain(x, (ax.BATCH, ax.SEQ, ax.EMBEDDING), self.mesh)
         for block in self.blocks:
             x = block(
                 x,
@@ -323,7 +366,7 @@ class GPT2(nn.Module):
             )
         x = self.ln_f(x)
         logits = self.wte.attend(x)
-        return _constrain(logits, (ax.BATCH, ax.SEQ, ax.VOCABULARY))
+        return _constrain(logits, (ax.BATCH, ax.SEQ, ax.VOCABULARY), self.mesh)
 
     def hook_embed(self, x: Array) -> Array:
         return x

@@ -48,14 +48,17 @@ def cross_entropy(
     inputs: jax.Array,
     targets: jax.Array,
     dropout_key: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy of `inputs` [batch, seq] against `targets` [batch, seq].
 
-    With a `dropout_key` dropout is active; without one the model is deterministic.
+    With a `dropout_key` dropout is active; without one the model is deterministic. With a
+    `mesh`, the model pins its activations to the shardings of the logical axis rules.
     """
     deterministic = dropout_key is None
     rngs = None if deterministic else {"dropout": dropout_key}
-    logits = GPT2(config).apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs)
+    model = GPT2(config, mesh=mesh)
+    logits = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     return losses.mean()
 
@@ -84,24 +87,21 @@ def make_step_functions(
 ) -> StepFunctions:
     """Jit the train and eval steps with explicit in and out shardings on `mesh`.
 
-    XLA propagates these shardings to the activations. The model's own
-    `with_logical_constraint` calls stay inactive because no global mesh is set.
-    NOTE: setting one with `jax.set_mesh` fails in flax 0.12.8: `Scope.param` re-runs
-    `DenseGeneral`'s kernel init under `eval_shape`, which constrains the flat 2-D kernel
-    with the 3-D logical names of the attention projections and raises.
+    Inside the steps the model also constrains its activations (batch over data x fsdp,
+    heads and neurons over model) by the logical axis rules.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def train_step(params, opt_state, inputs, targets, dropout_key):
         loss, grads = jax.value_and_grad(
-            lambda p: cross_entropy(config, p, inputs, targets, dropout_key)
+            lambda p: cross_entropy(config, p, inputs, targets, dropout_key, mesh)
         )(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(params, inputs, targets):
-        return cross_entropy(config, params, inputs, targets)
+        return cross_entropy(config, params, inputs, targets, mesh=mesh)
 
     train = jax.jit(
         train_step,
