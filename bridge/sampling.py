@@ -61,8 +61,19 @@ def sample_tokens(
       int32 token ids [batch].
     """
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
-    filtered = filter_logits(logits / safe_temperature, top_k, top_p)
-    drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-    return jnp.where(temperature > 0, drawn, greedy)
+
+    # Branch with lax.cond, not jnp.where: at run time only the chosen branch executes, so
+    # greedy decoding skips the sort over the vocabulary that the filters need.
+    def choose_greedy() -> Array:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw() -> Array:
+        # Under vmap both branches run, so keep the unused one finite.
+        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+        filtering = (top_k > 0) | (top_p < 1)
+        scaled = jax.lax.cond(
+            filtering, lambda x: filter_logits(x, top_k, top_p), lambda x: x, scaled
+        )
+        return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, choose_greedy)
