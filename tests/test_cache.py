@@ -1,13 +1,11 @@
 """The Penzai activation cache: hook names, TransformerLens values, the Flax-side cache."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from bridge.convert import flax_to_penzai
+from bridge.hf import load_hf_source
 from flax_gpt2 import hooks as flax_hooks
 from flax_gpt2.params import init_params
 from gpt2_spec import GPT2Config
@@ -21,60 +19,9 @@ def tiny_config(**changes) -> GPT2Config:
 
 
 def load_hf_fixture(folder):
-    """Return (config, Flax params) of the HF fixture, read straight from its safetensors.
-
-    This is deliberately independent of `bridge.hf`: HF `Conv1D` stores weights [in, out],
-    and `c_attn` contains q | k | v side by side with the heads contiguous inside each.
-    """
-    hf = json.loads((folder / "config.json").read_text())
-    config = GPT2Config(
-        vocab_size=hf["vocab_size"],
-        context_length=hf["n_positions"],
-        embedding_dim=hf["n_embd"],
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        layer_norm_epsilon=hf["layer_norm_epsilon"],
-    )
-    weights = load_file(str(folder / "model.safetensors"))
-    d, h = config.embedding_dim, config.num_heads
-    p = d // h
-
-    def norm(prefix):
-        return {"scale": weights[f"{prefix}.weight"], "bias": weights[f"{prefix}.bias"]}
-
-    params = {
-        "wte": {"embedding": weights["transformer.wte.weight"]},
-        "wpe": {"embedding": weights["transformer.wpe.weight"]},
-        "ln_f": norm("transformer.ln_f"),
-    }
-    for i in range(config.num_layers):
-        prefix = f"transformer.h.{i}"
-        kernels = np.split(weights[f"{prefix}.attn.c_attn.weight"], 3, axis=1)
-        biases = np.split(weights[f"{prefix}.attn.c_attn.bias"], 3)
-        attention = {
-            name: {"kernel": kernel.reshape(d, h, p), "bias": bias.reshape(h, p)}
-            for name, kernel, bias in zip(("query", "key", "value"), kernels, biases, strict=True)
-        }
-        attention["out"] = {
-            "kernel": weights[f"{prefix}.attn.c_proj.weight"].reshape(h, p, d),
-            "bias": weights[f"{prefix}.attn.c_proj.bias"],
-        }
-        params[f"block_{i}"] = {
-            "ln_1": norm(f"{prefix}.ln_1"),
-            "ln_2": norm(f"{prefix}.ln_2"),
-            "attn": attention,
-            "mlp": {
-                "fc": {
-                    "kernel": weights[f"{prefix}.mlp.c_fc.weight"],
-                    "bias": weights[f"{prefix}.mlp.c_fc.bias"],
-                },
-                "proj": {
-                    "kernel": weights[f"{prefix}.mlp.c_proj.weight"],
-                    "bias": weights[f"{prefix}.mlp.c_proj.bias"],
-                },
-            },
-        }
-    return config, params
+    """Load the fixture checkpoint with the project's Hugging Face importer."""
+    source = load_hf_source(folder)
+    return source.config, source.params
 
 
 @pytest.fixture(scope="module")

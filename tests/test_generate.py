@@ -1,18 +1,17 @@
 """Generation with both twins: Hugging Face reference ids, twin agreement, cache, batches, EOS."""
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from bridge import decode_loop
 from bridge.convert import flax_to_penzai
 from bridge.decode_steps import make_twin, positions_from_mask
 from bridge.generate import GenerationSettings, bucket_size, generate, left_pad
+from bridge.hf import load_hf_source
 from flax_gpt2.model import GPT2
 from flax_gpt2.params import init_params
 from gpt2_spec import GPT2Config
@@ -58,57 +57,9 @@ def random_prompts(rng, lengths, config: GPT2Config = CONFIG):
 
 
 def load_hf_fixture(folder):
-    """Map the fixture's safetensors onto the Flax twin's parameter tree (test-only loader).
-
-    HF `Conv1D` weights are stored [in, out]; `c_attn` contains q | k | v side by side,
-    each with its heads contiguous.
-    """
-    hf = json.loads((folder / "config.json").read_text())
-    config = GPT2Config(
-        vocab_size=hf["vocab_size"],
-        context_length=hf["n_positions"],
-        embedding_dim=hf["n_embd"],
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        layer_norm_epsilon=hf["layer_norm_epsilon"],
-    )
-    weights = load_file(folder / "model.safetensors")
-    d, h, p = config.embedding_dim, config.num_heads, config.projection_dim
-
-    def norm(name):
-        return {"scale": weights[f"{name}.weight"], "bias": weights[f"{name}.bias"]}
-
-    params = {
-        "wte": {"embedding": weights["transformer.wte.weight"]},
-        "wpe": {"embedding": weights["transformer.wpe.weight"]},
-        "ln_f": norm("transformer.ln_f"),
-    }
-    for i in range(config.num_layers):
-        prefix = f"transformer.h.{i}"
-        qkv = np.split(weights[f"{prefix}.attn.c_attn.weight"], 3, axis=1)
-        qkv_bias = np.split(weights[f"{prefix}.attn.c_attn.bias"], 3)
-        attention = {
-            name: {"kernel": kernel.reshape(d, h, p), "bias": bias.reshape(h, p)}
-            for name, kernel, bias in zip(("query", "key", "value"), qkv, qkv_bias, strict=True)
-        }
-        attention["out"] = {
-            "kernel": weights[f"{prefix}.attn.c_proj.weight"].reshape(h, p, d),
-            "bias": weights[f"{prefix}.attn.c_proj.bias"],
-        }
-        mlp = {
-            layer: {
-                "kernel": weights[f"{prefix}.mlp.c_{layer}.weight"],
-                "bias": weights[f"{prefix}.mlp.c_{layer}.bias"],
-            }
-            for layer in ("fc", "proj")
-        }
-        params[f"block_{i}"] = {
-            "ln_1": norm(f"{prefix}.ln_1"),
-            "attn": attention,
-            "ln_2": norm(f"{prefix}.ln_2"),
-            "mlp": mlp,
-        }
-    return config, params
+    """Load the fixture checkpoint with the project's Hugging Face importer."""
+    source = load_hf_source(folder)
+    return source.config, source.params
 
 
 @pytest.fixture(scope="module")
