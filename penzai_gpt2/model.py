@@ -89,6 +89,26 @@ class ApplyPRoPE(pz.nn.Layer):
         return pz.nx.nmap(rotate)(value.untag(ax.PROJECTION), positions).tag(ax.PROJECTION)
 
 
+@pz.pytree_dataclass(has_implicitly_inherited_fields=True)  # pytype: disable=wrong-keyword-args
+class CausalAttentionMask(pz.nn.ApplyCausalAttentionMask):
+    """Penzai's causal mask, with the scores passed to `nmap` before the mask.
+
+    `pz.nn.ApplyCausalAttentionMask` passes the mask first, so the masked scores take the
+    mask's axis order and XLA transposes them in every layer, forward and backward. Passing
+    the scores first keeps their layout; the values are identical. As a subclass, selectors
+    for Penzai's mask (such as the KV-cache conversion) still find this layer.
+    """
+
+    def __call__(self, scores: pz.nx.NamedArray, **side_inputs) -> pz.nx.NamedArray:
+        query_positions = side_inputs[self.query_positions_input_name]
+        kv_positions = (
+            side_inputs[self.kv_positions_input_name].untag(self.seq_axis).tag(self.kv_seq_axis)
+        )
+        keep = (query_positions >= kv_positions) & (kv_positions >= 0)
+        masked_value = self.masked_out_value
+        return pz.nx.nmap(lambda x, k: jnp.where(k, x, masked_value))(scores, keep)
+
+
 def _dropout(rate: float) -> pz.nn.StochasticDropout:
     return pz.nn.StochasticDropout(drop_rate=rate, random_stream_input_name=RANDOM_STREAM_INPUT)
 
@@ -132,7 +152,7 @@ def build_attention(name: str, rng, config: GPT2Config) -> pz.nn.Attention:
         query_key_to_attn=pz.nn.Sequential(
             [
                 pz.nn.NamedEinsum((query_spec, key_spec), scores_spec),
-                pz.nn.ApplyCausalAttentionMask(masked_out_value=MASKED_OUT_VALUE),
+                CausalAttentionMask(masked_out_value=MASKED_OUT_VALUE),
                 pz.nn.Softmax(ax.KV_SEQ),
                 _dropout(config.attention_dropout),
             ]
