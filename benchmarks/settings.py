@@ -20,7 +20,7 @@ GPT2_NEW_TOKENS = 256
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BenchSettings:
-    """What one benchmark run measures.
+    """Settings of one benchmark run.
 
     Attributes:
       presets: Preset names from `gpt2_spec.PRESETS`, measured in order.

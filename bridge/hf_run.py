@@ -21,8 +21,9 @@ def import_to_run(hf_dir: str | Path, out: str | Path) -> Path:
     The run gets a fresh AdamW state (default `TrainSettings`), so training can continue
     from the imported weights, and no validation ids.
 
-    The tokenizer travels along: a character tokenizer as the run's `tokenizer.json`, a BPE
-    one as a Hugging Face `tokenizer.json`; a folder without one gives a run without one.
+    The tokenizer is copied too. A character tokenizer becomes the run's `tokenizer.json`,
+    and a BPE one is written as a Hugging Face `tokenizer.json`. A folder without a
+    tokenizer gives a run without one.
 
     Raises:
       ValueError: if `out` is not empty.

@@ -38,7 +38,7 @@ class ModelSource:
 
 
 def is_hf_folder(path: Path) -> bool:
-    """Whether `path` looks like a Hugging Face folder (even one missing its weights).
+    """Return whether `path` looks like a Hugging Face folder, even one missing its weights.
 
     A run directory's `config.json` contains `GPT2Config` field names, and a Hugging
     Face one contains `model_type` or `n_embd`.
@@ -59,7 +59,7 @@ def load_model_source(path: str | Path) -> ModelSource:
     """Load a run directory or a Hugging Face GPT-2 folder.
 
     Raises:
-      FileNotFoundError: if `path` does not exist or holds neither kind of checkpoint.
+      FileNotFoundError: if `path` does not exist or contains neither kind of checkpoint.
       ValueError: if the checkpoint is corrupt or uses unsupported settings.
     """
     path = Path(path)

@@ -94,8 +94,8 @@ def load_text_dataset(path: str | Path, tokenizer: CharTokenizer | None = None) 
 class BatchSampler:
     """Draws random windows of a token array as (inputs, targets) batches.
 
-    Window starts come from a numpy `Generator`; `get_state` and `set_state` save and
-    restore it exactly, so a resumed run sees the same batches as an uninterrupted one.
+    Window starts come from a numpy `Generator`. `get_state` and `set_state` save and
+    restore it exactly, so a resumed run draws the same batches as an uninterrupted one.
     """
 
     def __init__(

@@ -131,7 +131,7 @@ def optimizer_shardings(
     """Shard each optimizer-state leaf like the parameter it mirrors; replicate the rest.
 
     A state leaf mirrors a parameter when its path ends with that parameter's dict keys
-    and the shapes agree (Adam's moments); step counters and scalars are replicated.
+    and the shapes agree, as Adam's moments do. Step counters and scalars are replicated.
     """
     by_path = {
         _dict_keys(path): (leaf.shape, sharding)
