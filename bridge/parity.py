@@ -206,10 +206,10 @@ def compare_with_reference(
 ) -> ReferenceParity:
     """Compare both twins with the logits stored in an `.npz` file.
 
-    The file contains `input_ids` [batch, seq], optionally `attention_mask` (1 for real
-    tokens; positions then count real tokens only, padding gets -1 and is never
-    attended to), and `logits` [batch, seq, vocabulary] or `logits_last`
-    [batch, vocabulary]. Only positions with mask == 1 are compared.
+    The file contains `input_ids` [batch, seq], and `logits` [batch, seq, vocabulary] or
+    `logits_last` [batch, vocabulary]. An optional `attention_mask` marks real tokens
+    with 1. Positions then count real tokens only, and padding gets position -1, so it
+    is never attended to. Only positions with mask == 1 are compared.
 
     Raises:
       FileNotFoundError: if the file is missing.

@@ -22,6 +22,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         "PyTorch reference of the same shape when torch is installed, and the per-layer "
         "parity of both twins with a Hugging Face fixture in float32 and bfloat16.",
     )
+
+    # What to measure.
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -34,14 +36,19 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         help="preset to measure; repeat for several (default: shakespeare-char and "
         "shakespeare-char-large)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write every figure with its unit here")
-    parser.add_argument("--plots", metavar="DIR", help="write PNG plots of the ratios here")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
         help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
     )
+    parser.add_argument("--no-parity", action="store_true", help="skip the per-layer parity report")
+
+    # Where the results go.
+    parser.add_argument("--json", metavar="FILE", help="write every figure with its unit here")
+    parser.add_argument("--plots", metavar="DIR", help="write PNG plots of the ratios here")
+
+    # How long and on what.
     parser.add_argument("--repeats", type=int, help="measured repeats per timing (default: 5)")
     parser.add_argument(
         "--generation-batches",
@@ -60,7 +67,6 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         help="tiny HF GPT-2 folder with forward.npz for the parity report "
         "(default: $GPT2_TWINS_FIXTURE or ../shared/fixtures/hf_gpt2_tiny)",
     )
-    parser.add_argument("--no-parity", action="store_true", help="skip the per-layer parity report")
     return parser
 
 
